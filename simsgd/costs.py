@@ -11,8 +11,7 @@ from typing import NamedTuple
 
 import jax
 
-from simsgd.algorithms.base import System, exchange
-from simsgd.compress.base import down_bits
+from simsgd.algorithms.base import System, compressor_exchange, exchange
 from simsgd.network import straggler_mean
 from simsgd.tree import tree_bits
 
@@ -45,8 +44,7 @@ def compressor_costs(system: System, n: int, params) -> list[Cost]:
     for name, factory in COMPRESSORS.items():
         c = factory()
         try:
-            kind, t = exchange(system, n, c.payload_bits(shapes), c.props.summable, down_bits(c, shapes, n),
-                               c.props.collective)
+            kind, t = compressor_exchange(system, n, c, shapes)
         except ValueError:   # e.g. a forced all-reduce for a non-summable payload: price it as an all-gather
             kind, t = exchange(system._replace(collective="allgather"), n, c.payload_bits(shapes), False, 0)
         label = name + (" (<=)" if c.message_bytes is not None else "")

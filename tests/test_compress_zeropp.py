@@ -155,7 +155,7 @@ def test_qgz_payload_is_the_hop1_message():
     p, _ = c.encode(jax.random.key(0), params(0), *c.init(params(0)))
     assert isinstance(p["w"], BlockQuant) and p["w"].scales.shape == (7,) and p["w"].bits == 4
     assert isinstance(p["b"], Half) and p["b"].values.dtype == jnp.float16
-    assert c.props.aggregation == "two_hop" and not c.props.summable and c.props.collective == "ps"
+    assert c.props.aggregation == "two_hop" and not c.props.summable and c.props.collective == "two_hop_alltoall"
 
 
 def test_qgz_bits_by_hand():

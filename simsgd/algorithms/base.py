@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simsgd.network import Compute, Link
+from simsgd.network import Compute, Link, Traffic
 from simsgd.types import Key, Params, PyTree
 
 MAX_BYTES = 2**31 - 1
@@ -112,16 +112,65 @@ def exchange(system: System, n: int, up_bits: int, summable: bool, down_bits: in
                      f"'allgather', 'ps', got {kind!r}")
 
 
-def overlapped_comm(system: System, n: int, message_bits: int, summable: bool, preferred: str = "auto"):
-    """``(ready fractions, seconds per bucket)`` of a message cut into ``system.bucket_bytes`` buckets,
-    each carried by the system's collective (see ``simsgd.overlap``); collectives among the workers only."""
-    from simsgd import overlap
+def add_traffic(parts) -> Traffic:
+    """Collectives run one after the other: bits add up per worker, and so do the seconds."""
+    parts = list(parts)
+    return Traffic(sum(t.sent_bits for t in parts), sum(t.recv_bits for t in parts), sum(t.seconds for t in parts))
 
-    if collective_kind(system, summable, preferred) == "ps":
+
+def compressor_exchange(system: System, n: int, compressor, shapes, down: int | None = None):
+    """``exchange`` for one step's messages of ``compressor`` among ``n`` workers: ``(name, Traffic)``.
+
+    A method with its own collective (``Compressor.traffic``: qgZ's two all-to-all hops) is priced by
+    it, and only under ``collective: auto`` (its numerics ARE that collective). A multi-round method
+    (``round_bits``: PowerSGD's P then Q) runs one collective per round, one after the other; under a
+    parameter server each round is answered with the reduced round message, and ``down`` (if given)
+    replaces the last answer. Otherwise one ``exchange`` of ``payload_bits`` with ``down`` (default: the
+    compressor's ``down_bits``) coming back from a parameter server.
+    """
+    from simsgd.compress.base import down_bits, up_rounds
+
+    c = compressor
+    if c.traffic is not None:
+        if system.collective != "auto":
+            raise ValueError(f"network.collective: this compressor runs its own collective "
+                             f"({c.props.collective!r}); set 'auto', got {system.collective!r}")
+        return c.props.collective, c.traffic(shapes, n, system.link, system.intra_link)
+    rounds = up_rounds(c, shapes)
+    if len(rounds) == 1:
+        return exchange(system, n, rounds[0], c.props.summable,
+                        down_bits(c, shapes, n) if down is None else down, c.props.collective)
+    answers = rounds[:-1] + (rounds[-1] if down is None else down,)
+    parts = [exchange(system, n, up, c.props.summable, back, c.props.collective) for up, back in zip(rounds, answers)]
+    return parts[0][0], add_traffic(t for _, t in parts)
+
+
+def overlapped_comm(system: System, n: int, compressor, shapes):
+    """``(ready fractions, seconds per bucket)`` of the compressor's message cut into ``system.bucket_bytes``
+    buckets, each carried by the system's collective (see ``simsgd.overlap``); collectives among the
+    workers only. A multi-round method runs its rounds on each bucket one after the other (PyTorch's
+    PowerSGD hook works per bucket), each round carrying its share of the bucket in proportion to its
+    share of the whole message."""
+    from simsgd import overlap
+    from simsgd.compress.base import up_rounds
+
+    c = compressor
+    if c.traffic is not None:
+        raise ValueError("overlap (bucket_bytes) models DDP's bucketed collectives; this compressor runs its own "
+                         f"({c.props.collective!r}) and cannot be bucketed")
+    if collective_kind(system, c.props.summable, c.props.collective) == "ps":
         raise ValueError("overlap (bucket_bytes) models DDP's bucketed all-reduce among workers; it does not apply "
                          "to a parameter server")
-    return overlap.bucket_plan(message_bits // 8, system.bucket_bytes,
-                               lambda nbytes: exchange(system, n, 8 * nbytes, summable, 0, preferred)[1].seconds)
+    rounds = np.asarray(up_rounds(c, shapes), np.int64) // 8
+    total = int(rounds.sum())
+    ends = np.cumsum(rounds)
+
+    def seconds(nbytes):
+        shares = np.diff(np.concatenate([[0], (nbytes * ends + total // 2) // max(total, 1)]))   # whole bytes
+        return sum(exchange(system, n, 8 * int(b), c.props.summable, 0, c.props.collective)[1].seconds
+                   for b in shares if b)
+
+    return overlap.bucket_plan(total, system.bucket_bytes, seconds)
 
 
 def step_time(compute_s: jax.Array, comm_s: float):

@@ -55,7 +55,7 @@ barrier, so compute + communication sums to the clock.
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp

@@ -67,9 +67,8 @@ import optax
 
 from simsgd import batches as B
 from simsgd import network
-from simsgd.algorithms.base import Algorithm, Info, System, byte_counts, exchange, step_time
+from simsgd.algorithms.base import Algorithm, Info, System, byte_counts, compressor_exchange, step_time
 from simsgd.compress import Compressor, identity
-from simsgd.compress.base import down_bits
 from simsgd.task import Task
 from simsgd.tree import broadcast_workers, sq_norm, wmean
 from simsgd.workers import map_workers
@@ -156,8 +155,7 @@ def _local_runner(task: Task, data: B.WorkerData, inner_optimizer, batch_size: i
 
 
 def _traffic(system: System, n: int, compressor: Compressor, shapes):
-    return exchange(system, n, compressor.payload_bits(shapes), compressor.props.summable,
-                    down_bits(compressor, shapes, n), compressor.props.collective)[1]
+    return compressor_exchange(system, n, compressor, shapes)[1]
 
 
 def _shapes(tree):

@@ -51,9 +51,8 @@ import optax
 
 from simsgd import batches as B
 from simsgd import network
-from simsgd.algorithms.base import Algorithm, Info, System, byte_counts, exchange, scatter_bytes, step_time
+from simsgd.algorithms.base import Algorithm, Info, System, byte_counts, compressor_exchange, scatter_bytes, step_time
 from simsgd.compress import Compressor, identity
-from simsgd.compress.base import down_bits
 from simsgd.task import Task
 from simsgd.tree import broadcast_workers, sub, take_worker
 from simsgd.workers import map_mean_workers, map_workers
@@ -235,8 +234,7 @@ def fedavg(task: Task, data: B.WorkerData, *, client_optimizer: optax.GradientTr
         worker_state = jax.tree.map(lambda a, v: a.at[clients].set(v), state.worker_state, wst)
 
         shapes = jax.eval_shape(lambda p: p, state.params)
-        _, t = exchange(system, m, compressor.payload_bits(shapes), compressor.props.summable,
-                        down_bits(compressor, shapes, m), compressor.props.collective)
+        _, t = compressor_exchange(system, m, compressor, shapes)
         per_step = jax.vmap(lambda k: network.step_seconds(k, system.compute, k_total))(
             jax.random.split(k_time, length))                                   # [L, K] seconds per local step
         active = jnp.arange(length)[:, None] < n_steps[None, :]
@@ -261,8 +259,7 @@ def fedavg(task: Task, data: B.WorkerData, *, client_optimizer: optax.GradientTr
         wst = jax.tree.map(lambda new, o: jnp.where(take.reshape((m,) + (1,) * (new.ndim - 1)), new, o), wst, old)
         worker_state = jax.tree.map(lambda a, v: a.at[clients].set(v), state.worker_state, wst)
         shapes = jax.eval_shape(lambda p: p, state.params)
-        tables = participant_tables(system, m, compressor.payload_bits(shapes), compressor.props.summable,
-                                    lambda j: down_bits(compressor, shapes, j), compressor.props.collective)
+        tables = participant_tables(system, m, compressor, shapes)
         sent, recv, comm_s = participant_traffic(tables, take)
         per_step = jax.vmap(lambda k: network.step_seconds(k, system.compute, k_total))(
             jax.random.split(k_time, length))                                   # [L, K] seconds per local step

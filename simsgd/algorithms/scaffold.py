@@ -59,10 +59,10 @@ import numpy as np
 
 from simsgd import batches as B
 from simsgd import network
-from simsgd.algorithms.base import (Algorithm, Info, System, byte_counts, collective_kind, exchange, scatter_bytes,
-                                    step_time)
+from simsgd.algorithms.base import (Algorithm, Info, System, byte_counts, compressor_exchange, exchange,
+                                    scatter_bytes, step_time)
+from simsgd.algorithms.sync import variable_exchange
 from simsgd.compress import Compressor, identity
-from simsgd.compress.base import message_bytes
 from simsgd.task import Task
 from simsgd.tree import broadcast_workers, sq_norm, take_worker, tree_bits
 from simsgd.workers import map_workers
@@ -198,15 +198,11 @@ def _build(task: Task, data: B.WorkerData, variant: str, *, lr, local_steps, epo
             step_size = server_lr * lr * float(length)                              # eta_g eta_l K
             params = jax.tree.map(lambda xx, cc, a: xx - step_size * (cc + a), x, c, agg)
             control = jax.tree.map(lambda cc, a: cc + damp * (m / n_all) * a, c, agg)
-            kind = collective_kind(system, compressor.props.summable, compressor.props.collective)
             if compressor.message_bytes is not None:    # variable-length messages: priced as sent
-                kind = "allreduce" if kind in ("rabenseifner", "tree", "hierarchical") else kind
-                t = network.dynamic_exchange(kind, message_bytes(compressor, payloads, shapes), 2 * dense // 8,
-                                             system.link, system.server_link)
-                comm_s, sent, recv = t.seconds, t.sent_bytes, t.recv_bytes
+                sent, recv, comm_s = variable_exchange(system, compressor, payloads, shapes, sstate,
+                                                       down_bytes=2 * dense // 8)
             else:
-                _, t = exchange(system, m, compressor.payload_bits(shapes), compressor.props.summable, 2 * dense,
-                                compressor.props.collective)
+                _, t = compressor_exchange(system, m, compressor, shapes, 2 * dense)
                 comm_s, sent, recv = jnp.float32(t.seconds), byte_counts(t.sent_bits, "sent"), \
                     byte_counts(t.recv_bits, "received")
         client_control = jax.tree.map(lambda a, v: a.at[clients].set(v), state.client_control, ci_new)

@@ -32,10 +32,10 @@ import optax
 from simsgd import batches as B
 from simsgd import network
 from simsgd import overlap
-from simsgd.algorithms.base import (Algorithm, Info, System, byte_counts, collective_kind, exchange, overlapped_comm,
-                                    step_time)
+from simsgd.algorithms.base import (Algorithm, Info, System, byte_counts, collective_kind, compressor_exchange,
+                                    overlapped_comm, step_time)
 from simsgd.compress import Compressor, identity
-from simsgd.compress.base import down_bits, message_bytes
+from simsgd.compress.base import down_bits
 from simsgd.task import Task
 from simsgd.tree import broadcast_workers
 from simsgd.workers import map_workers
@@ -57,20 +57,20 @@ class ParticipantTables(NamedTuple):
     seconds: jax.Array   # [N+1] float32
 
 
-def participant_tables(system: System, n: int, up_bits: int, summable: bool, down_of_m, preferred: str = "auto"
-                       ) -> ParticipantTables:
-    """``exchange`` priced for every participant count m in 1..n (static; m = 0 moves nothing).
+def participant_tables(system: System, n: int, compressor: Compressor, shapes, down_of_m=None) -> ParticipantTables:
+    """``compressor_exchange`` priced for every participant count m in 1..n (static; m = 0 moves nothing).
 
-    ``down_of_m(m)``: the bits a parameter server sends back after aggregating m payloads.
-    A hierarchical all-reduce needs whole nodes, which a subset of workers does not give: refused.
+    ``down_of_m(m)``: the bits a parameter server sends back after aggregating m payloads (default:
+    the compressor's ``down_bits``). A hierarchical all-reduce needs whole nodes, which a subset of
+    workers does not give: refused.
     """
-    if collective_kind(system, summable, preferred) == "hierarchical":
+    if collective_kind(system, compressor.props.summable, compressor.props.collective) == "hierarchical":
         raise ValueError("collective 'hierarchical' cannot run among a varying subset of workers (dropout > 0): "
                          "use 'allreduce', 'rabenseifner', 'tree', 'allgather' or 'ps'")
     sent, recv = np.zeros((n + 1, n), np.int64), np.zeros((n + 1, n), np.int64)
     seconds = np.zeros(n + 1, np.float64)
     for m in range(1, n + 1):
-        _, t = exchange(system, m, up_bits, summable, down_of_m(m), preferred)
+        _, t = compressor_exchange(system, m, compressor, shapes, None if down_of_m is None else down_of_m(m))
         sent[m, :m], recv[m, :m], seconds[m] = t.sent_bits, t.recv_bits, t.seconds
     return ParticipantTables(byte_counts(sent, "sent"), byte_counts(recv, "received"),
                              jnp.asarray(seconds, jnp.float32))
@@ -134,6 +134,41 @@ def masked_dynamic_exchange(kind: str, message_bytes: jax.Array, up: jax.Array, 
     raise ValueError(f"collective must be one of 'allreduce', 'allgather', 'ps', got {kind!r}")
 
 
+def variable_exchange(system: System, compressor: Compressor, payloads, shapes, server_state, up=None,
+                      down_bytes=None):
+    """``(sent [N], recv [N], seconds)`` of variable-length messages priced as sent (jittable).
+
+    One ``network.dynamic_exchange`` (or ``masked_dynamic_exchange`` among the workers with ``up``) per
+    sequential round of the method (``round_message_bytes``), one after the other. Hierarchical, tree
+    and Rabenseifner all-reduces are priced as a flat ring (their schedules need static sizes). The
+    parameter server answers a one-round method with ``down_bytes`` (default: the compressor's
+    ``down_message_bytes`` or ``down_bits``) and each round of a multi-round one with the largest
+    message of the round (the reduced round message), ``down_bytes`` replacing the last answer.
+    """
+    from simsgd.compress.base import round_message_bytes
+
+    c = compressor
+    if c.traffic is not None:
+        raise ValueError("a compressor running its own collective needs fixed-size messages")
+    kind = collective_kind(system, c.props.summable, c.props.collective)
+    kind = "allreduce" if kind in ("rabenseifner", "tree", "hierarchical") else kind   # priced as a flat ring
+    rounds = round_message_bytes(c, payloads, shapes)                                  # [R, N]
+    n_rounds = rounds.shape[0]
+    if n_rounds == 1 and down_bytes is None:
+        down_bytes = (c.down_message_bytes(server_state) if c.down_message_bytes is not None
+                      else down_bits(c, shapes, rounds.shape[1]) // 8)
+    total = None
+    for r in range(n_rounds):
+        back = down_bytes if (r == n_rounds - 1 and down_bytes is not None) else jnp.max(rounds[r])
+        if up is None:
+            t = network.dynamic_exchange(kind, rounds[r], back, system.link, system.server_link)
+            part = (t.sent_bytes, t.recv_bytes, t.seconds)
+        else:
+            part = masked_dynamic_exchange(kind, rounds[r], up, back, system.link, system.server_link)
+        total = part if total is None else tuple(a + b for a, b in zip(total, part))
+    return total
+
+
 def masked_step_time(compute_s: jax.Array, up: jax.Array, comm_s, idle_s):
     """``step_time`` over the participants ``up``: ``(duration, slowest, mean idle)``; with nobody up,
     ``(idle_s, 0, 0)`` (the step is skipped and the clock moves by ``idle_s``)."""
@@ -179,25 +214,19 @@ def sync_sgd(task: Task, data: B.WorkerData, *, optimizer: optax.GradientTransfo
                          network.initial_availability(n) if avail else None)
 
     def traffic(params):
-        shapes = jax.eval_shape(lambda p: p, params)
-        up = compressor.payload_bits(shapes)
-        _, t = exchange(system, n, up, compressor.props.summable, down_bits(compressor, shapes, n),
-                        compressor.props.collective)
-        return t
+        return compressor_exchange(system, n, compressor, jax.eval_shape(lambda p: p, params))[1]
 
     if system.bucket_bytes is not None and compressor.message_bytes is not None:
         raise ValueError("overlap (bucket_bytes) needs fixed-size messages; this compressor's vary per step")
 
     def tables(params):
         shapes = jax.eval_shape(lambda p: p, params)
-        return participant_tables(system, n, compressor.payload_bits(shapes), compressor.props.summable,
-                                  lambda m: down_bits(compressor, shapes, m), compressor.props.collective)
+        return participant_tables(system, n, compressor, shapes)
 
     def bucket_tables(params):
         """(ready fractions [b], seconds [N+1, b]) of the overlapped collective among m participants."""
         shapes = jax.eval_shape(lambda p: p, params)
-        rows = [overlapped_comm(system, max(m, 1), compressor.payload_bits(shapes), compressor.props.summable,
-                                compressor.props.collective) for m in range(n + 1)]
+        rows = [overlapped_comm(system, max(m, 1), compressor, shapes) for m in range(n + 1)]
         secs = np.stack([r[1] for r in rows])
         secs[0] = 0.0
         return rows[0][0], jnp.asarray(secs, jnp.float32)
@@ -225,13 +254,7 @@ def sync_sgd(task: Task, data: B.WorkerData, *, optimizer: optax.GradientTransfo
         variable = compressor.message_bytes is not None or compressor.down_message_bytes is not None
         if variable and not fused:   # variable-length messages: priced as sent
             shapes = jax.eval_shape(lambda p: p, state.params)
-            kind = collective_kind(system, compressor.props.summable, compressor.props.collective)
-            kind = "allreduce" if kind in ("rabenseifner", "tree", "hierarchical") else kind   # priced as a flat ring
-            down = (compressor.down_message_bytes(sstate) if compressor.down_message_bytes is not None
-                    else down_bits(compressor, shapes, n) // 8)
-            t = network.dynamic_exchange(kind, message_bytes(compressor, payloads, shapes), down, system.link,
-                                         system.server_link)
-            comm_s, sent, recv = t.seconds, t.sent_bytes, t.recv_bytes
+            sent, recv, comm_s = variable_exchange(system, compressor, payloads, shapes, sstate)
         else:
             t = traffic(state.params)
             comm_s, sent, recv = jnp.float32(t.seconds), byte_counts(t.sent_bits, "sent"), \
@@ -239,8 +262,7 @@ def sync_sgd(task: Task, data: B.WorkerData, *, optimizer: optax.GradientTransfo
         duration, slowest, idle = step_time(network.step_seconds(k_time, system.compute, n), comm_s)
         if system.bucket_bytes is not None:   # overlapped with the backward pass: only the exposed part counts
             shapes = jax.eval_shape(lambda p: p, state.params)
-            ready, seconds = overlapped_comm(system, n, compressor.payload_bits(shapes), compressor.props.summable,
-                                             compressor.props.collective)
+            ready, seconds = overlapped_comm(system, n, compressor, shapes)
             duration = overlap.overlapped_step(slowest, ready, seconds, system.backward_fraction)
             comm_s = duration - slowest
         clock = state.clock + duration
@@ -273,12 +295,7 @@ def sync_sgd(task: Task, data: B.WorkerData, *, optimizer: optax.GradientTransfo
         variable = compressor.message_bytes is not None or compressor.down_message_bytes is not None
         if variable:   # variable-length messages: priced as sent, among the participants
             shapes = jax.eval_shape(lambda p: p, state.params)
-            kind = collective_kind(system, compressor.props.summable, compressor.props.collective)
-            kind = "allreduce" if kind in ("rabenseifner", "tree", "hierarchical") else kind   # priced as a flat ring
-            down = (compressor.down_message_bytes(sstate) if compressor.down_message_bytes is not None
-                    else down_bits(compressor, shapes, n) // 8)
-            sent, recv, comm_s = masked_dynamic_exchange(kind, message_bytes(compressor, payloads, shapes), up, down,
-                                                         system.link, system.server_link)
+            sent, recv, comm_s = variable_exchange(system, compressor, payloads, shapes, sstate, up)
         else:
             sent, recv, comm_s = participant_traffic(tables(state.params), up)
         compute = network.step_seconds(k_time, system.compute, n)

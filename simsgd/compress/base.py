@@ -69,6 +69,18 @@ class Compressor(NamedTuple):
       ``aggregate`` returned this step. None: ``down_bits`` every step.
     init_workers(params, n) -> (stacked worker states [n, ...], server state): for compressors whose
       workers differ from the start (EF21-W's per-worker weights). None: ``init`` broadcast to n.
+    round_bits(params) -> tuple[int, ...]: for methods whose step is several SEQUENTIAL collectives,
+      because a later message depends on the reduced earlier one (PowerSGD and Dion: round 1 all-reduces
+      P, round 2 sends M_i^T orth(P)): the exact bits of each round's message, summing to
+      ``payload_bits``. Each round is its own collective and pays its own latency; under a parameter
+      server the server answers each round with the reduced round message (same size). None: one round.
+    round_message_bytes(payload) -> int32 [R]: the same per message for variable-length multi-round
+      formats (L-GreCo: its dense phase is one round, a second round of 0 bytes), summing to
+      ``message_bytes(payload)``.
+    traffic(params, n, link, intra_link) -> network.Traffic: for methods that run their own
+      collective, which no generic one prices (ZeRO++ qgZ's two all-to-all hops, the first inside
+      each node on ``intra_link``, the second across nodes on ``link``, each node's NIC). The
+      engine then uses it instead of ``payload_bits`` + a collective. None: a generic collective.
     """
     init: Callable[[Params], tuple[WorkerState, ServerState]]
     encode: Callable[[Key, Grads, WorkerState, ServerState], tuple[Payload, WorkerState]]
@@ -82,6 +94,9 @@ class Compressor(NamedTuple):
     message_bytes: Callable[[Payload], jax.Array] | None = None
     down_message_bytes: Callable[[ServerState], jax.Array] | None = None
     init_workers: Callable[[Params, int], tuple[WorkerState, ServerState]] | None = None
+    round_bits: Callable[[Params], tuple[int, ...]] | None = None
+    round_message_bytes: Callable[[Payload], jax.Array] | None = None
+    traffic: Callable[..., Any] | None = None
 
 
 def down_bits(c: Compressor, params: Params, n: int) -> int:
@@ -101,3 +116,25 @@ def message_bytes(c: Compressor, payloads: Payload, params: Params) -> jax.Array
         n = jax.tree.leaves(payloads)[0].shape[0] if jax.tree.leaves(payloads) else 1
         return jnp.full((n,), c.payload_bits(params) // 8, jnp.int32)
     return jax.vmap(c.message_bytes)(payloads).astype(jnp.int32)
+
+
+def up_rounds(c: Compressor, params: Params) -> tuple[int, ...]:
+    """Bits of one worker's message in each sequential round of a step (one round for most methods)."""
+    if c.round_bits is None:
+        return (int(c.payload_bits(params)),)
+    rounds = tuple(int(b) for b in c.round_bits(params))
+    if sum(rounds) != int(c.payload_bits(params)):
+        raise ValueError(f"round_bits {rounds} do not add up to payload_bits {c.payload_bits(params)}")
+    return tuple(b for b in rounds if b) or (0,)   # a round with nothing to send is not run
+
+
+def round_message_bytes(c: Compressor, payloads: Payload, params: Params) -> jax.Array:
+    """Exact bytes of each stacked message [N, ...] in each round, as int32 [R, N] (jittable)."""
+    import jax.numpy as jnp
+
+    if c.round_message_bytes is not None:
+        return jax.vmap(c.round_message_bytes)(payloads).astype(jnp.int32).T
+    if c.round_bits is not None and c.message_bytes is None:
+        n = jax.tree.leaves(payloads)[0].shape[0]
+        return jnp.asarray([[b // 8] * n for b in up_rounds(c, params)], jnp.int32)
+    return message_bytes(c, payloads, params)[None, :]

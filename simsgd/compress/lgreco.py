@@ -30,7 +30,8 @@ over candidates, then backtracking with traced indices. No host round-trip.
 **Wire format (variable length).** A header of 1 bit (dense phase) and r_l per compressed matrix
 in ``bit_length(r_max_l)`` bits (the count field of a variable-length message), then either every
 leaf dense, or round 1 (per leaf in ``jax.tree.leaves`` order: P_l [n, r_l] or dense values) and
-round 2 (Q_l [m, r_l] per compressed matrix). ``message_bytes`` prices each step as sent;
+round 2 (Q_l [m, r_l] per compressed matrix). ``message_bytes`` prices each step as sent, and
+``round_message_bytes`` splits it into the two sequential collectives (header, vectors and P's; Q's);
 ``payload_bits`` is the largest message. As in ``lowrank``, ``encode`` returns the worker's own
 matrix with its round-1 factor (round 2 needs the all-reduced P^), and ``pack`` of one message
 writes the lone-worker (N = 1) round 2.
@@ -355,6 +356,18 @@ def lgreco(rank: int = 4, adjust_every: int = 100, start_iter: int = 1000, alpha
                 other += math.prod(p.shape) * bits_of(p.dtype) // 8
         return message_size(payload.dense == 1, matrices, other)
 
+    def round_message_bytes(payload):
+        """[round 1, round 2] bytes: the header, vectors and P factors (or every leaf dense in the dense
+        phase, one round only: round 2 is then 0 bytes), then the Q factors; sums to ``message_bytes``."""
+        total = message_bytes(payload)
+        second = jnp.int32(0)
+        for p in jax.tree.leaves(payload.leaves, is_leaf=_is_lg):
+            if isinstance(p, (LGLocal, LGWire)):
+                m = matrix_shape(p.shape)[1]
+                second = second + jnp.asarray(p.rank).astype(jnp.int32) * (m * (bits_of(p.first.dtype) // 8))
+        second = jnp.where(payload.dense == 1, 0, second).astype(jnp.int32)
+        return jnp.stack([total - second, second])
+
     def down_message_bytes(server_state):
         """The server's answer (same format) for the step just aggregated."""
         matrices = [(st.p_hat.shape[0], st.q_bar.shape[0], bits_of(st.p_hat.dtype) // 8, st.p_hat.shape[1], st.sent)
@@ -410,7 +423,7 @@ def lgreco(rank: int = 4, adjust_every: int = 100, start_iter: int = 1000, alpha
     return Compressor(init, encode, decode, aggregate, payload_bits, pack, unpack,
                       Props(kind="biased", summable=True, linear_exact=False, aggregation="power_iteration"),
                       down_bits=lambda params, n: payload_bits(params), message_bytes=message_bytes,
-                      down_message_bytes=down_message_bytes)
+                      down_message_bytes=down_message_bytes, round_message_bytes=round_message_bytes)
 
 
 def lgreco_ranks(server_state) -> list[int]:

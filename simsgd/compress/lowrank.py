@@ -31,9 +31,9 @@ the reference); then round 2 = Q_i (m x r) per matrix. No header: shapes and ran
 Because Q_i depends on the other workers' P's, ``pack`` of ONE message writes the round-2 factor a
 lone worker (N = 1) sends, ``Q_i = M_i^T orth(P_i)``, and ``decode`` of one message is the N = 1
 result; ``wire_rounds`` gives the exact per-worker bytes for N workers (tests check that they
-rebuild ``aggregate``'s result). Deviation from the real system: the engine prices the step as ONE
-collective of ``payload_bits``, so the second round's latency (one more alpha per step) is not
-counted; an optional second-round hook in the protocol would fix both this and the carried matrix.
+rebuild ``aggregate``'s result). ``round_bits`` splits the message into its two rounds, so the
+engine prices two collectives one after the other, each with its own latency, as the real system
+runs them (``algorithms.base.compressor_exchange``).
 
 Error feedback is exact but stored one step late: encode cannot know P^ Q^T yet, so the worker
 state keeps M_i (as many floats as e_i) and the next encode forms e_i = M_i - P^ Q^T from the
@@ -151,6 +151,12 @@ def _leaf_specs(params, first_cols, second_cols):
             rows2, r2 = second_cols(i, *mat)
             round2.append((rows2 * r2, b))
     return round1 + round2
+
+
+def _round_bits(params, specs) -> tuple[int, int]:
+    """Bits of round 1 (the first ``len(leaves)`` fields) and round 2 (the rest), each its own message."""
+    k = len(jax.tree.leaves(params))
+    return wire.stream_bits(specs[:k]), wire.stream_bits(specs[k:])
 
 
 def _pack_rounds(payload, solo_second) -> bytes:
@@ -309,7 +315,8 @@ def powersgd(rank: int = 2, seed: int = 0, warm_start: bool = True) -> Compresso
 
     return Compressor(init, encode, decode, aggregate, payload_bits, pack, unpack,
                       Props(kind="biased", summable=True, linear_exact=False, aggregation="power_iteration"),
-                      down_bits=lambda params, n: payload_bits(params))
+                      down_bits=lambda params, n: payload_bits(params),
+                      round_bits=lambda params: _round_bits(params, specs(params)))
 
 
 def powersgd_error(worker_state, server_state):
@@ -520,7 +527,8 @@ def dion(rank_fraction: float = 0.5, mu: float = 0.95, seed: int = 0, scalar: st
     return Compressor(init, encode, decode, aggregate, payload_bits, pack, unpack,
                       Props(kind="biased", summable=True, linear_exact=False, aggregation="dion",
                             replaces_optimizer=True),
-                      down_bits=lambda params, n: payload_bits(params))
+                      down_bits=lambda params, n: payload_bits(params),
+                      round_bits=lambda params: _round_bits(params, specs(params)))
 
 
 def dion_momentum(worker_state, server_state, mu: float = 0.95):

@@ -12,14 +12,14 @@ from typing import NamedTuple
 import jax
 
 from simsgd.algorithms.base import System, collective_kind
-from simsgd.compress.base import down_bits
+from simsgd.compress.base import down_bits, up_rounds
 from simsgd.tree import tree_bits, tree_size
 
 
 class Row(NamedTuple):
     name: str
     kind: str
-    collective: str  # what ``collective: auto`` runs it on
+    collective: str  # what ``collective: auto`` runs it on ("x2": two collectives one after the other)
     up_bits: int
     down_bits: int
     variable: bool   # variable-length messages: up_bits is the largest one
@@ -33,7 +33,9 @@ def rows(params, workers: int) -> list[Row]:
     out = []
     for name, factory in COMPRESSORS.items():
         c = factory()
-        out.append(Row(name, c.props.kind, collective_kind(System(), c.props.summable, c.props.collective),
+        kind = collective_kind(System(), c.props.summable, c.props.collective)
+        rounds = len(up_rounds(c, shapes))
+        out.append(Row(name, c.props.kind, kind + (f" x{rounds}" if rounds > 1 else ""),
                        int(c.payload_bits(shapes)),
                        int(down_bits(c, shapes, workers)), c.message_bytes is not None))
     return out
@@ -44,11 +46,11 @@ def format_table(params, workers: int) -> str:
     dense = tree_bits(jax.eval_shape(lambda p: p, params))
     lines = [f"{d:,} parameters ({dense / d:.0f} bits each dense), {workers} workers; defaults of each method",
              "",
-             f"{'compressor':<16} {'kind':<12} {'collective':<10} {'bits/entry up':>14} {'bits/entry down':>16} "
+             f"{'compressor':<16} {'kind':<12} {'collective':<16} {'bits/entry up':>14} {'bits/entry down':>16} "
              f"{'ratio up':>9}",
-             f"{'-' * 16} {'-' * 12} {'-' * 10} {'-' * 14} {'-' * 16} {'-' * 9}"]
+             f"{'-' * 16} {'-' * 12} {'-' * 16} {'-' * 14} {'-' * 16} {'-' * 9}"]
     for r in rows(params, workers):
         le, ge = ("<=", ">=") if r.variable else ("  ", "  ")
-        lines.append(f"{r.name:<16} {r.kind:<12} {r.collective:<10} "
+        lines.append(f"{r.name:<16} {r.kind:<12} {r.collective:<16} "
                      f"{le}{r.up_bits / d:>12.4f} {r.down_bits / d:>16.4f} {ge}{dense / r.up_bits:>7.1f}x")
     return "\n".join(lines)

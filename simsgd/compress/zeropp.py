@@ -40,15 +40,15 @@ zeropp_qgz -- quantized gradients, hierarchical: N = M nodes x D ``gpus_per_node
   fallback for tensors whose size is not a multiple of 2W, and the LoCo error-feedback variant.
   Wire (payload = hop-1 message), per leaf: quantized leaves n values at b bits then G float32
   scales; fallback leaves n float16 values; one stream padded to whole bytes.
-  Bits: ``payload_bits`` is the hop-1 message (what ``pack`` writes), and ``down_bits(params, n)``
-  is the most any worker receives over both hops (its D - 1 hop-1 shares, its M - 1 hop-2 node
-  sums, and its part of the float16 fallback's ring reduce-scatter); ``Props.collective = "ps"``
-  makes the engine charge sent = payload_bits, received = down_bits per worker: exact for the
-  received bits, and the sent bits overcount the share a worker keeps (1/N of its message when N
-  divides the groups; the two hops send (1 - 1/D) + (1 - 1/M)/D = 1 - 1/N of it). The TIME of a
-  parameter server is not qgZ's (two all-to-alls, the first on the intra-node links):
-  ``qgz_traffic`` gives every worker's exact bits per hop for a collective that prices them.
-  Props: biased, not summable, aggregation "two_hop" (not the mean of the decodes), collective "ps".
+  Bits and time: ``payload_bits`` is the hop-1 message (what ``pack`` writes). The engine prices a
+  step with ``traffic`` (``qgz_collective``): the two all-to-all hops as pairwise-exchange schedules,
+  hop 1 on the intra-node links (``network.intra_link``), hop 2 on each node's NIC shared by its D
+  workers, then the float16 fallback's ring reduce-scatter; each worker's bits are its exact peer
+  messages (``qgz_traffic``). ``down_bits(params, n)`` is the most any worker receives over both hops
+  and the fallback (what ``simsgd compressors`` lists as "down"). qgZ runs only under
+  ``collective: auto``: its numerics are this collective.
+  Props: biased, not summable, aggregation "two_hop" (not the mean of the decodes), collective
+  "two_hop_alltoall" (its own, ``Compressor.traffic``).
 """
 from __future__ import annotations
 
@@ -208,7 +208,7 @@ def zeropp_qwz(block_size: int = 8000, bits: int = 8) -> Compressor:
                for i, x in enumerate(leaves)]
         return jax.tree.unflatten(treedef, out)
 
-    return Compressor(init, jax.jit(encode), jax.jit(decode), jax.jit(aggregate), payload_bits, pack, unpack,
+    return Compressor(init, encode, decode, aggregate, payload_bits, pack, unpack,
                       Props(kind="biased", summable=False, linear_exact=False))
 
 
@@ -237,25 +237,15 @@ def _group_sizes(n: int, group: int) -> np.ndarray:
     return sizes
 
 
-def qgz_traffic(params, n_workers: int, gpus_per_node: int = 8, group_size: int = 0, bits: int = 4) -> dict:
-    """Exact per-worker bits of qgZ's two all-to-all hops (each peer message padded to whole bytes).
-
-    Group g of a quantized leaf belongs to local rank ``g % D`` after hop 1 and to node
-    ``(g // D) % M`` after hop 2 (DeepSpeed's swizzled partitions give the same counts whenever W
-    divides the number of groups). Worker i = (node m, local rank j) sends, in hop 1, to each local
-    peer j' the groups with g % D == j' (values at b bits + float32 scales, all leaves in one
-    message) and receives D - 1 messages of its own share; in hop 2 it sends to each other node
-    m' its re-quantized groups with (g // D) % M == m' and receives M - 1 messages of its own.
-
-    Returns int64 arrays [N]: ``intra_sent``, ``intra_recv``, ``inter_sent``, ``inter_recv``, and
-    ``fallback_bits``, the float16 message of the 0-D/1-D leaves each worker reduce-scatters.
-    """
+def _qgz_messages(params, n_workers: int, gpus_per_node: int, group_size: int, bits: int):
+    """Bits of every peer message of qgZ's two hops: ``share`` [D] (hop 1: the message any worker sends
+    to local rank j), ``part`` [D, M] (hop 2: local rank j's message to node k), and the float16
+    fallback message of the 0-D/1-D leaves."""
     n, d = int(n_workers), int(gpus_per_node)
     if d < 1 or n % d:
         raise ValueError(f"qgz_traffic: gpus_per_node={gpus_per_node} must divide the {n_workers} workers")
     m_nodes = n // d
-    # per (local rank, node part): element and group counts
-    elems = np.zeros((d, m_nodes), np.int64)
+    elems = np.zeros((d, m_nodes), np.int64)    # per (local rank, node part): element and group counts
     groups = np.zeros((d, m_nodes), np.int64)
     fallback = 0
     for size, group in _qgz_groups(params, group_size):
@@ -270,17 +260,75 @@ def qgz_traffic(params, n_workers: int, gpus_per_node: int = 8, group_size: int 
     def msg(e, c):
         return wire.stream_bits([(int(e), bits), (int(c), 32)]) if (e or c) else 0
 
-    share = np.array([msg(elems[j].sum(), groups[j].sum()) for j in range(d)], np.int64)   # hop-1 per peer
+    share = np.array([msg(elems[j].sum(), groups[j].sum()) for j in range(d)], np.int64)
     part = np.array([[msg(elems[j, k], groups[j, k]) for k in range(m_nodes)] for j in range(d)], np.int64)
+    return share, part, wire.stream_bits([(fallback, 16)])
+
+
+def qgz_traffic(params, n_workers: int, gpus_per_node: int = 8, group_size: int = 0, bits: int = 4) -> dict:
+    """Exact per-worker bits of qgZ's two all-to-all hops (each peer message padded to whole bytes).
+
+    Group g of a quantized leaf belongs to local rank ``g % D`` after hop 1 and to node
+    ``(g // D) % M`` after hop 2 (DeepSpeed's swizzled partitions give the same counts whenever W
+    divides the number of groups). Worker i = (node m, local rank j) sends, in hop 1, to each local
+    peer j' the groups with g % D == j' (values at b bits + float32 scales, all leaves in one
+    message) and receives D - 1 messages of its own share; in hop 2 it sends to each other node
+    m' its re-quantized groups with (g // D) % M == m' and receives M - 1 messages of its own.
+
+    Returns int64 arrays [N]: ``intra_sent``, ``intra_recv``, ``inter_sent``, ``inter_recv``, and
+    ``fallback_bits``, the float16 message of the 0-D/1-D leaves each worker reduce-scatters.
+    """
+    n, d = int(n_workers), int(gpus_per_node)
+    share, part, fallback = _qgz_messages(params, n, d, group_size, bits)
     out = {key: np.zeros(n, np.int64) for key in ("intra_sent", "intra_recv", "inter_sent", "inter_recv")}
     for i in range(n):
         node, j = divmod(i, d)
         out["intra_sent"][i] = share.sum() - share[j]
         out["intra_recv"][i] = (d - 1) * share[j]
         out["inter_sent"][i] = part[j].sum() - part[j, node]
-        out["inter_recv"][i] = (m_nodes - 1) * part[j, node]
-    out["fallback_bits"] = np.full(n, wire.stream_bits([(fallback, 16)]), np.int64)
+        out["inter_recv"][i] = (n // d - 1) * part[j, node]
+    out["fallback_bits"] = np.full(n, fallback, np.int64)
     return out
+
+
+def qgz_collective(params, n_workers: int, link, intra_link=None, gpus_per_node: int = 8, group_size: int = 0,
+                   bits: int = 4):
+    """qgZ's collective priced step by step (``simsgd.collectives.price``): a ``network.Traffic``.
+
+    1. Hop 1, inside every node on ``intra_link`` (default ``link``): an all-to-all by pairwise
+       exchange, D - 1 synchronous steps; in step s local rank j sends its message for rank j + s
+       and receives its own share from rank j - s (all nodes at once, so the node's time is one
+       node's schedule).
+    2. Hop 2, across nodes on ``link`` (each node's NIC): D all-to-alls run at once, one among the
+       workers of each local rank, M - 1 pairwise steps each; the D of a node share its NIC, so each
+       gets ``link`` bandwidth / D (as ``collectives.hierarchical_allreduce``); the hop lasts as
+       long as the slowest.
+    3. The float16 fallback message of the 0-D/1-D leaves: a ring reduce-scatter over all N on ``link``
+       (DeepSpeed's plain ``reduce_scatter`` path).
+    The hops run one after the other; per-worker bits are the exact message sizes of ``qgz_traffic``
+    (the same totals), and a step lasts ``alpha + 8 max(sent, recv) / B`` over its ranks.
+    """
+    from simsgd import collectives
+    from simsgd.network import Link, Traffic
+
+    n, d = int(n_workers), int(gpus_per_node)
+    share, part, fallback = _qgz_messages(params, n, d, group_size, bits)
+    share, part = share // 8, part // 8          # whole bytes per peer message
+    m_nodes = n // d
+    ranks = np.arange(d)
+    hop1 = collectives.price([(share[(ranks + s) % d], share[ranks]) for s in range(1, d)], d, intra_link or link)
+    sent, recv = np.tile(hop1.sent_bits, m_nodes), np.tile(hop1.recv_bits, m_nodes)
+    seconds = hop1.seconds
+    shared = Link(link.latency_s, link.bandwidth_bps / d)
+    nodes, worst = np.arange(m_nodes), 0.0
+    for j in range(d):
+        hop2 = collectives.price([(part[j, (nodes + s) % m_nodes], part[j, nodes]) for s in range(1, m_nodes)],
+                                 m_nodes, shared)
+        sent[j::d] += hop2.sent_bits
+        recv[j::d] += hop2.recv_bits
+        worst = max(worst, hop2.seconds)
+    rs = collectives.reduce_scatter(n, int(fallback), link)
+    return Traffic(sent + rs.sent_bits, recv + rs.recv_bits, seconds + worst + rs.seconds)
 
 
 def zeropp_qgz(gpus_per_node: int = 8, group_size: int = 0, bits: int = 4) -> Compressor:
@@ -366,10 +414,13 @@ def zeropp_qgz(gpus_per_node: int = 8, group_size: int = 0, bits: int = 4) -> Co
                 f += 2
         return jax.tree.unflatten(treedef, out)
 
-    return Compressor(init, jax.jit(encode), jax.jit(decode), jax.jit(aggregate), payload_bits, pack, unpack,
+    def traffic(params, n, link, intra_link=None):
+        return qgz_collective(params, n, link, intra_link, dpn, gsize, bits)
+
+    return Compressor(init, encode, decode, aggregate, payload_bits, pack, unpack,
                       Props(kind="biased", summable=False, linear_exact=False, aggregation="two_hop",
-                            collective="ps"),
-                      down_bits=down_bits)
+                            collective="two_hop_alltoall"),
+                      down_bits=down_bits, traffic=traffic)
 
 
 COMPRESSORS = {"zeropp_qwz": zeropp_qwz, "zeropp_qgz": zeropp_qgz}

@@ -159,7 +159,7 @@ def run(folder: Path, quick: bool) -> Outcome:
              f"{float(curve(stream.metrics, 'test_loss', 'time')[0][-1]):.1f} s",
              f"peak bytes per worker: DiLoCo {peak_d:.4g}, Streaming P={p} {peak_s:.4g}"
              + (f"; model parameters {params}" if params else ""),
-             f"fragments are whole parameter tensors; d / largest fragment: "
+             "fragments are whole parameter tensors; d / largest fragment: "
              + ", ".join(f"{k} {v:.2f}" for k, v in bal.items())
              + f" (pattern used: {stream.scenario.algorithm.pattern}; the leaf-strided pattern deals every block's "
              "like tensors to one fragment when P divides the 12 tensors of a block)"]
