@@ -208,3 +208,21 @@ def double_binary_tree_allreduce(n: int, message_bits: int, link: Link) -> Traff
             depth = max(depth, d)
     seconds = 2 * depth * link.latency_s + 8.0 * float(np.maximum(sent, recv).max()) / link.bandwidth_bps
     return Traffic(8 * sent, 8 * recv, seconds)
+
+
+def all_to_all(n: int, message_bits: int, link: Link) -> Traffic:
+    """Pairwise-exchange all-to-all of one ``message_bits`` vector per rank cut into n chunks (chunk j
+    goes to rank j): n - 1 steps; in step s rank i sends chunk (i + s) mod n and receives its own chunk
+    i from rank i - s (MPICH ``alltoall`` pairwise algorithm). Per rank (n-1)/n S each way."""
+    size = _whole_bytes(message_bits)
+    if n <= 1 or size == 0:
+        return price([], n, link)
+    c, i = _chunks(size, n), np.arange(n)
+    return price([(c[(i + s) % n], c[i]) for s in range(1, n)], n, link)
+
+
+def shard_allgather(n: int, total_bits: int, link: Link) -> Traffic:
+    """Ring all-gather of a ``total_bits`` vector sharded over n ranks (rank i owns chunk (i + 1) mod n,
+    as after ``reduce_scatter``): what FSDP / ZeRO-3 runs to rebuild the weights. n - 1 steps."""
+    size = _whole_bytes(total_bits)
+    return price(ring_allgather_steps(n, size) if n > 1 and size else [], n, link)

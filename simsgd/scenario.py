@@ -61,12 +61,22 @@ class ModelCfg(Strict):
     dense: PositiveInt = 512
 
 
+class WeightsCfg(Strict):
+    """Shard the model over the workers (FSDP / ZeRO-3): weights all-gathered through ``compressor``."""
+    compressor: Optional[CompressorCfg] = Field(None, description="weight quantizer of the all-gather (zeropp_qwz, "
+                                                                  "qsdp, fp16, ...); null: float32 weights")
+    update: Literal["master", "quantized"] = Field("master", description="master: full-precision master weights "
+                                                   "(ZeRO++, QSDP practice); quantized: x <- Q_w(x - lr g) (QSDP)")
+
+
 class SyncCfg(Strict):
     name: Literal["sync_sgd"]
     optimizer: OptimizerCfg = OptimizerCfg()
     batch_size: Optional[PositiveInt] = Field(32, description="examples per worker per step; null: the whole "
                                                               "local data set (full gradients)")
     compressor: CompressorCfg = CompressorCfg()
+    weights: Optional[WeightsCfg] = Field(None, description="sharded weights (FSDP / ZeRO-3) with an optional weight "
+                                                            "quantizer; null: replicated weights (DDP)")
 
     @model_validator(mode="after")
     def _plain_sgd_for_update_compressors(self):
@@ -729,8 +739,12 @@ def build(s: Scenario) -> Built:
             ctx = Context(s, task, data, system, wm, optimizer, compressor, lambda t: gossip_topology(s, t), s.seed)
             alg = PLUGINS[a.name].build(a, ctx)
         elif a.name == "sync_sgd":
+            from simsgd.algorithms.fsdp import Weights
+
+            sharded = None if a.weights is None else Weights(
+                compressor(a.weights.compressor) if a.weights.compressor is not None else None, a.weights.update)
             alg = A.sync_sgd(task, data, optimizer=optimizer(a.optimizer), batch_size=a.batch_size,
-                             compressor=compressor(a.compressor), system=system, worker_map=wm)
+                             compressor=compressor(a.compressor), system=system, worker_map=wm, weights=sharded)
         elif a.name in ("fedavg", "fedprox", "fedadagrad", "fedadam", "fedyogi"):
             per_round = max(int(math.floor(a.client_fraction * s.data.workers)), 1)
             server = (optimizer(a.server_optimizer) if a.name in ("fedavg", "fedprox")

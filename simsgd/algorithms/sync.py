@@ -32,6 +32,7 @@ import optax
 from simsgd import batches as B
 from simsgd import network
 from simsgd import overlap
+from simsgd.algorithms import fsdp
 from simsgd.algorithms.base import (Algorithm, Info, System, byte_counts, collective_kind, compressor_exchange,
                                     overlapped_comm, step_time)
 from simsgd.compress import Compressor, identity
@@ -182,7 +183,7 @@ def masked_step_time(compute_s: jax.Array, up: jax.Array, comm_s, idle_s):
 
 def sync_sgd(task: Task, data: B.WorkerData, *, optimizer: optax.GradientTransformation, batch_size: int | None,
              compressor: Compressor | None = None, system: System = System(), worker_map: str = "auto",
-             fuse: bool = True) -> Algorithm:
+             fuse: bool = True, weights: fsdp.Weights | None = None) -> Algorithm:
     """Synchronous SGD over ``N`` workers (the size of ``data``'s partition).
 
     Args:
@@ -192,6 +193,10 @@ def sync_sgd(task: Task, data: B.WorkerData, *, optimizer: optax.GradientTransfo
       compressor: applied to each worker's gradient (default: identity, exact).
       fuse: with an exact linear compressor, compute one gradient on the fused N*B batch
         (mathematically equal to the mean of the workers' gradients, and as fast as it gets).
+      weights: shard the model over the workers (FSDP / ZeRO-3, ``simsgd.algorithms.fsdp``): gradients
+        are reduce-scattered to their owners and the weights all-gathered each step, through
+        ``weights.compressor`` (ZeRO++ qwZ, QSDP): every worker computes at the dequantized weights.
+        None: replicated weights (DDP), the gradients all-reduced or gathered.
     """
     compressor = compressor or identity()
     n = B.num_workers(data)
@@ -202,19 +207,28 @@ def sync_sgd(task: Task, data: B.WorkerData, *, optimizer: optax.GradientTransfo
     if avail and collective_kind(system, compressor.props.summable, compressor.props.collective) == "hierarchical":
         raise ValueError("collective 'hierarchical' cannot run among a varying subset of workers (dropout > 0): "
                          "use 'allreduce', 'rabenseifner', 'tree', 'allgather' or 'ps'")
+    if weights is not None:
+        fsdp.check(weights, compressor, system)
+        if avail:
+            raise ValueError("sharded weights cannot run with workers dropping out (dropout > 0): an owner that is "
+                             "down holds the only copy of its shard")
 
     def init(key, params):
-        del key
         if compressor.init_workers is not None:   # workers that differ from the start (EF21-W weights)
             wstates, sstate = compressor.init_workers(params, n)
         else:
             wstate, sstate = compressor.init(params)
             wstates = broadcast_workers(wstate, n)
+        if weights is not None and weights.update == "quantized":   # only quantized weights exist, from the start
+            params = fsdp.quantize(weights, jax.random.fold_in(key, fsdp.KEY_TAG), params)
         return SyncState(params, optimizer.init(params), wstates, sstate, jnp.zeros((), jnp.float32),
                          network.initial_availability(n) if avail else None)
 
     def traffic(params):
-        return compressor_exchange(system, n, compressor, jax.eval_shape(lambda p: p, params))[1]
+        shapes = jax.eval_shape(lambda p: p, params)
+        if weights is not None:
+            return fsdp.traffic(system, n, compressor, weights, shapes)
+        return compressor_exchange(system, n, compressor, shapes)[1]
 
     if system.bucket_bytes is not None and compressor.message_bytes is not None:
         raise ValueError("overlap (bucket_bytes) needs fixed-size messages; this compressor's vary per step")
@@ -240,17 +254,22 @@ def sync_sgd(task: Task, data: B.WorkerData, *, optimizer: optax.GradientTransfo
         else:
             batches = jax.vmap(lambda k, i: B.sample(k, data, i, batch_size))(jax.random.split(k_data, n),
                                                                                 jnp.arange(n))
+        at = state.params                  # where the gradients are taken
+        if weights is not None and weights.update == "master":
+            at = fsdp.quantize(weights, jax.random.fold_in(key, fsdp.KEY_TAG), state.params)
         if fused:
-            loss, g = grad_fn(state.params, B.stack_workers(batches))
+            loss, g = grad_fn(at, B.stack_workers(batches))
             wstate, sstate = state.worker_state, state.server_state
         else:
-            losses, grads = map_workers(lambda b: grad_fn(state.params, b), worker_map, shared_params=True)(batches)
+            losses, grads = map_workers(lambda b: grad_fn(at, b), worker_map, shared_params=True)(batches)
             payloads, wstate = jax.vmap(compressor.encode, in_axes=(0, 0, 0, None))(
                 jax.random.split(k_enc, n), grads, state.worker_state, state.server_state)
             g, sstate = compressor.aggregate(payloads, state.server_state, None)
             loss = jnp.mean(losses)
         updates, opt_state = optimizer.update(g, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        if weights is not None and weights.update == "quantized":   # QSDP's analysed update: x <- Q_w(x - eta g)
+            params = fsdp.quantize(weights, jax.random.fold_in(key, fsdp.KEY_TAG), params)
         variable = compressor.message_bytes is not None or compressor.down_message_bytes is not None
         if variable and not fused:   # variable-length messages: priced as sent
             shapes = jax.eval_shape(lambda p: p, state.params)
