@@ -14,7 +14,10 @@ so |x - Q(x)| <= scale / 2, except the entries that round to +2^(b-1) and are cl
 asymmetric: -2^(b-1)..2^(b-1)-1, and the scale is m / 2^(b-1), not m / (2^(b-1) - 1).) Values
 and scales are computed in the leaf's dtype promoted to float32 (DeepSpeed quantizes fp16 data).
 
-zeropp_qwz -- the quantized weight all-gather, as a compressor usable on any message: every
+zeropp_qwz -- the quantized weight all-gather. Its place in ZeRO++ is the WEIGHTS of a sharded model:
+  ``sync_sgd(weights=Weights(zeropp_qwz()))`` (YAML ``algorithm.weights.compressor``,
+  ``simsgd.algorithms.fsdp``) all-gathers them through it, so gradients are taken at the dequantized
+  weights. It is also usable as a compressor on any message (a gradient, a pseudo-gradient): every
   worker sends its message as int8 blocks of ``block_size`` consecutive entries (the last block of
   a leaf may be shorter) with one float32 scale per block; the receivers dequantize and average.
   DeepSpeed picks, per tensor, an equal group size near ``target_group_size = 8000`` (hard limit
