@@ -35,6 +35,10 @@ def rows(params, workers: int) -> list[Row]:
         c = factory()
         kind = collective_kind(System(), c.props.summable, c.props.collective)
         rounds = len(up_rounds(c, shapes))
+        if c.round_message_bytes is not None:     # variable-length, several rounds (L-GreCo): the most it runs
+            ws, ss = jax.eval_shape(c.init, shapes)
+            msg = jax.eval_shape(lambda g, w, s: c.encode(jax.random.key(0), g, w, s)[0], shapes, ws, ss)
+            rounds = jax.eval_shape(c.round_message_bytes, msg).shape[0]
         out.append(Row(name, c.props.kind, kind + (f" x{rounds}" if rounds > 1 else ""),
                        int(c.payload_bits(shapes)),
                        int(down_bits(c, shapes, workers)), c.message_bytes is not None))
