@@ -26,6 +26,7 @@ import numpy as np
 from simsgd import tree
 from simsgd.compress import payload as wire
 from simsgd.compress.base import Compressor, Props
+from simsgd.compress.quantize import random_bits
 
 WIRE_DTYPES = {"fp16": jnp.float16, "bf16": jnp.bfloat16}
 
@@ -149,10 +150,10 @@ bf16.__doc__ = _CAST_DOC.format(name="bf16", dtype="bfloat16", bits=16, short="b
 
 def natural_draws(key, grads):
     """The uniform integers natural compression draws: per leaf, iid uniform on [0, 2^23) (uint32,
-    the leaf's shape) from ``fold_in(key, leaf index)``. Entry j rounds up iff ``r_j < m_j``, its
+    the leaf's shape), ``jax.random.bits(fold_in(key, leaf index), shape) >> 9`` (computed by
+    ``quantize.random_bits``, the same words, fusable). Entry j rounds up iff ``r_j < m_j``, its
     23-bit float32 mantissa, i.e. with probability exactly ``q = m_j / 2^23``."""
-    return [jax.random.bits(jax.random.fold_in(key, i), x.shape, jnp.uint32) >> 9
-            for i, x in enumerate(jax.tree.leaves(grads))]
+    return [random_bits(jax.random.fold_in(key, i), x.shape) >> 9 for i, x in enumerate(jax.tree.leaves(grads))]
 
 
 def _max_exponent_field(dtype) -> int:

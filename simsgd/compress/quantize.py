@@ -53,14 +53,72 @@ def _buckets(x, d: int, nb: int, fill=0.0):
     return jnp.pad(x, (0, nb * d - x.size), constant_values=fill).reshape(nb, d)
 
 
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+
+
+def threefry2x32(k1, k2, x0, x1):
+    """The Threefry-2x32 block function (20 rounds; Salmon et al., SC 2011), JAX's default PRNG,
+    written out as elementwise uint32 ops: ``(y0, y1)`` for key words ``(k1, k2)`` and counter
+    words ``(x0, x1)`` (broadcast together). The same function as ``jax.extend.random.threefry_2x32``."""
+    ks = (k1, k2, k1 ^ k2 ^ jnp.uint32(0x1BD11BDA))
+    x0, x1 = x0 + ks[0], x1 + ks[1]
+    for i in range(5):
+        for r in _ROTATIONS[i % 2]:
+            x0 = x0 + x1
+            x1 = x0 ^ ((x1 << jnp.uint32(r)) | (x1 >> jnp.uint32(32 - r)))
+        x0, x1 = x0 + ks[(i + 1) % 3], x1 + ks[(i + 2) % 3] + jnp.uint32(i + 1)
+    return x0, x1
+
+
+def random_bits(key, shape) -> jax.Array:
+    """Exactly ``jax.random.bits(key, shape, jnp.uint32)``, the same words bit for bit, computed so
+    that XLA can fuse the generator into its consumer.
+
+    JAX's partitionable Threefry (the default) hashes the counter pair (0, flat index) of each word
+    and XORs the block's two outputs. JAX lowers that hash on the CPU as a rolled 5-iteration loop
+    that writes both state arrays to memory every iteration (about ten memory passes per draw,
+    measured 8x a memory pass for [16, 10^6] words); written out here as plain elementwise ops
+    (``threefry2x32``), it fuses into the op that uses the words and no random array is stored.
+    Falls back to ``jax.random.bits`` for other PRNG implementations, with
+    ``jax_threefry_partitionable`` off, or for 2^32 or more words.
+    """
+    shape = tuple(int(s) for s in shape)
+    n = math.prod(shape)
+    if (n == 0 or n >= 2 ** 32 or str(jax.random.key_impl(key)) != "threefry2x32"
+            or not jax.config.jax_threefry_partitionable):
+        return jax.random.bits(key, shape, jnp.uint32)
+    k = jax.random.key_data(key)
+    y0, y1 = threefry2x32(k[0], k[1], jnp.uint32(0), jax.lax.iota(jnp.uint32, n).reshape(shape))
+    return y0 ^ y1
+
+
+def words_to_uniform(w: jax.Array) -> jax.Array:
+    """Uniform float32 on [0, 1) from uint32 words, as ``jax.random.uniform`` makes them: the top 23
+    bits as the mantissa of a float in [1, 2), minus 1 (the multiples of 2^-23)."""
+    return jax.lax.bitcast_convert_type((w >> 9) | jnp.uint32(0x3F800000), jnp.float32) - jnp.float32(1.0)
+
+
+def uniform(key, shape) -> jax.Array:
+    """Exactly ``jax.random.uniform(key, shape, jnp.float32)``, bit for bit, from ``random_bits``
+    (fusable into its consumer)."""
+    return words_to_uniform(random_bits(key, shape))
+
+
+def _per_entry(v, d: int, n: int):
+    """Per-bucket values ``v`` [nb] repeated for each of the ``n`` entries (bucket = entry // d). The
+    element-wise work then runs on the flat leaf (no padded [nb, d] copies of the entries)."""
+    return jnp.broadcast_to(v[:, None], (v.shape[0], d)).reshape(-1)[:n]
+
+
 def leaf_uniforms(key, sizes) -> list[jax.Array]:
     """The per-worker uniforms U[0, 1) every quantizer here draws: one float32 vector per leaf.
 
-    ``sizes[i]`` is the number of draws for leaf i; leaf i uses ``jax.random.split(key, L)[i]``.
+    ``sizes[i]`` is the number of draws for leaf i; leaf i uses ``jax.random.split(key, L)[i]``:
+    exactly ``jax.random.uniform(keys[i], (sizes[i],))``, computed by ``uniform``.
     Tests feed the same draws to the float64 references.
     """
     keys = jax.random.split(key, max(1, len(sizes)))
-    return [jax.random.uniform(keys[i], (int(s),), jnp.float32) for i, s in enumerate(sizes)]
+    return [uniform(keys[i], (int(s),)) for i, s in enumerate(sizes)]
 
 
 def _bit_length(a: np.ndarray) -> np.ndarray:
@@ -260,10 +318,10 @@ def qsgd(levels: int = 7, bucket_size: int = 512, norm: str = "l2", elias: bool 
         else:
             scale = jnp.max(jnp.abs(xb), axis=1)
         safe = jnp.where(scale > 0, scale, 1.0)
-        r = jnp.abs(xb) / safe[:, None]
+        r = jnp.abs(x) * _per_entry(1.0 / safe, d, n)     # one division per bucket (as XLA compiled |v| / ||v||)
         low = jnp.floor(s * r)                                           # l: |v_j|/||v|| in [l/s, (l+1)/s]
-        lv = low + (_buckets(u, d, nb) < s * r - low)                    # l + 1 with probability s r - l
-        lv = jnp.clip(lv, 0, s).reshape(-1)[:n].astype(level_dtype)
+        lv = low + (u < s * r - low)                                     # l + 1 with probability s r - l
+        lv = jnp.clip(lv, 0, s).astype(level_dtype)
         signs = ((x < 0) & (lv > 0)).astype(jnp.uint8)
         return QSGDLeaf(scale, signs, lv, tuple(g.shape), _dtype_name(g))
 
@@ -277,9 +335,9 @@ def qsgd(levels: int = 7, bucket_size: int = 512, norm: str = "l2", elias: bool 
         n = math.prod(p.shape)
         d, nb, _ = bucket_layout(n, bucket)
         scales, levels, signs = jnp.asarray(p.scales), jnp.asarray(p.levels), jnp.asarray(p.signs)
-        mag = _buckets(levels.astype(jnp.float32), d, nb) * (scales[:, None] / s)
+        mag = levels.astype(jnp.float32) * _per_entry(scales / s, d, n)
         sign = 1.0 - 2.0 * signs.astype(jnp.float32)
-        return (mag.reshape(-1)[:n] * sign).astype(p.dtype).reshape(p.shape)
+        return (mag * sign).astype(p.dtype).reshape(p.shape)
 
     def decode(payload, server_state):
         del server_state
@@ -463,16 +521,17 @@ def qsdp(bits: int = 8, bucket_size: int = 1024, rounding: str = "stochastic") -
         n = g.size
         d, nb, _ = bucket_layout(n, bucket)
         x = g.reshape(-1).astype(jnp.float32)
-        lo = jnp.min(_buckets(x, d, nb, jnp.inf), axis=1)
-        hi = jnp.max(_buckets(x, d, nb, -jnp.inf), axis=1)
+        xb = jnp.pad(x, (0, nb * d - n), mode="edge").reshape(nb, d)   # the last entry repeated: one
+        lo, hi = jnp.min(xb, axis=1), jnp.max(xb, axis=1)               # padded copy serves min and max
         delta = (hi - lo) / top
         safe = jnp.where(delta > 0, delta, 1.0)
-        y = jnp.where(delta[:, None] > 0, (_buckets(x, d, nb) - lo[:, None]) / safe[:, None], 0.0)
+        # one division per bucket: (x - m) times 1/delta (what XLA compiled the per-entry division to)
+        y = jnp.where(_per_entry(delta, d, n) > 0, (x - _per_entry(lo, d, n)) * _per_entry(1.0 / safe, d, n), 0.0)
         if rounding == "stochastic":                 # up with probability frac(y), one draw per entry
-            q = jnp.floor(y) + (_buckets(u, d, nb) < y - jnp.floor(y))
+            q = jnp.floor(y) + (u < y - jnp.floor(y))
         else:                                        # floor on the grid shifted by one draw per bucket
-            q = jnp.floor(y + u[:, None])
-        q = jnp.clip(q, 0, top).reshape(-1)[:n].astype(code_dtype)
+            q = jnp.floor(y + _per_entry(u, d, n))
+        q = jnp.clip(q, 0, top).astype(code_dtype)
         return MinMaxLeaf(lo, hi, q, tuple(g.shape), _dtype_name(g))
 
     def encode(key, grads, worker_state, server_state):
@@ -486,8 +545,8 @@ def qsdp(bits: int = 8, bucket_size: int = 1024, rounding: str = "stochastic") -
         d, nb, _ = bucket_layout(n, bucket)
         lo, hi, codes = jnp.asarray(p.lo), jnp.asarray(p.hi), jnp.asarray(p.codes)
         delta = (hi - lo) / top
-        v = lo[:, None] + delta[:, None] * _buckets(codes.astype(jnp.float32), d, nb)
-        return v.reshape(-1)[:n].astype(p.dtype).reshape(p.shape)
+        v = _per_entry(lo, d, n) + _per_entry(delta, d, n) * codes.astype(jnp.float32)
+        return v.astype(p.dtype).reshape(p.shape)
 
     def decode(payload, server_state):
         del server_state
@@ -554,16 +613,22 @@ def terngrad_clip(g, clip: float):
     x = g.reshape(-1).astype(jnp.float32)
     if clip == 0:
         return x
-    sigma = jnp.sqrt(jnp.mean(jnp.square(x - jnp.mean(x))))
+    sigma = _sigma(x)
     return jnp.clip(x, -clip * sigma, clip * sigma)
+
+
+def _sigma(x):
+    """The standard deviation of a flat float32 ``x`` around its mean (two passes, as written)."""
+    return jnp.sqrt(jnp.mean(jnp.square(x - jnp.mean(x))))
 
 
 def terngrad_shared_uniforms(seed: int, step, n_workers: int, sizes) -> list[jax.Array]:
     """The server's draws v [N, n] per leaf for TernGrad's scaler sharing: from ``fold_in(key(seed),
-    step)``, split per leaf, so every machine that knows the seed and the step draws the same."""
+    step)``, split per leaf, so every machine that knows the seed and the step draws the same
+    (exactly ``jax.random.uniform``, computed by ``uniform``)."""
     key = jax.random.fold_in(jax.random.key(seed), step)
     keys = jax.random.split(key, max(1, len(sizes)))
-    return [jax.random.uniform(keys[i], (n_workers, int(sz)), jnp.float32) for i, sz in enumerate(sizes)]
+    return [uniform(keys[i], (n_workers, int(sz))) for i, sz in enumerate(sizes)]
 
 
 def terngrad(clip: float = 2.5, seed: int = 0) -> Compressor:
@@ -610,8 +675,12 @@ def terngrad(clip: float = 2.5, seed: int = 0) -> Compressor:
         return (), TernState(jnp.zeros((), jnp.int32))
 
     def encode_leaf(g, u):
-        f = terngrad_clip(g, clip)
-        s_i = jnp.max(jnp.abs(f))
+        x = g.reshape(-1).astype(jnp.float32)
+        if clip == 0:
+            f, s_i = x, jnp.max(jnp.abs(x))
+        else:   # terngrad_clip; s_i = max|clip(x, +-a)| = min(max|x|, a) exactly (clipping is monotone),
+            a = clip * _sigma(x)     # so max|x| is read in the pass of the mean, not in one after sigma
+            f, s_i = jnp.clip(x, -a, a), jnp.minimum(jnp.max(jnp.abs(x)), a)
         t = jnp.where(u * s_i < jnp.abs(f), jnp.sign(f), 0.0).astype(jnp.int8)
         return TernLeaf(s_i, t, tuple(g.shape), _dtype_name(g))
 
