@@ -18,11 +18,11 @@ values 0 .. 0.197 over 220 rounds, so the first 27 rounds are plain DGC, the war
 
 State: u, v per worker; G and a round counter (int32) on the server (shared).
 
-Selection without a sort: the k-th largest score is found exactly by bisection on the float32 bit
-patterns (31 passes of compare-and-count; non-negative floats order as their bits), then the
-entries above it and, among ties, the lowest indices fill exactly k slots (``select_topk``). This is
-exact top-k; the reference thresholds at the sorted value instead (keeping ties, so occasionally
-k + 1 entries) -- here always exactly k.
+Selection without a sort: the k-th largest score is found exactly (non-negative floats order as
+their bit patterns; bracketed from a sample and refined within the band, see
+``sparsify.topk_ascending``), then the entries above it and, among ties, the lowest indices fill
+exactly k slots (``select_topk``). This is exact top-k; the reference thresholds at the sorted
+value instead (keeping ties, so occasionally k + 1 entries) -- here always exactly k.
 
 Wire format: as ``topk`` (sparsify.py): per leaf, k values in the leaf dtype then k flat indices
 at ceil(log2 d) bits, ascending; ``k = max(1, ceil(ratio d))`` capped at d. Not summable (supports
@@ -54,25 +54,15 @@ from simsgd.compress.sparsify import SparseLeaf
 def select_topk(score: jax.Array, k: int) -> jax.Array:
     """Flat indices (int32, ascending) of the ``k`` largest entries of a non-negative 1-D ``score``.
 
-    Ties at the k-th value go to the lowest indices. No sort: the k-th largest value is found by
-    bisection on its float32 bit pattern (31 compare-and-count passes), then a fixed-size compaction.
+    Ties at the k-th value go to the lowest indices. No sort: ``sparsify.topk_ascending`` (the k-th
+    largest value bracketed from a sample, one compaction pass; on small leaves by bisection on its
+    float32 bit pattern), exact whatever the sample says.
     """
     d = score.shape[0]
     k = int(k)
     if k >= d:
         return jnp.arange(d, dtype=jnp.int32)
-    bits = jax.lax.bitcast_convert_type(jnp.abs(score).astype(jnp.float32), jnp.int32)
-
-    def body(i, t):                       # t: the largest bit pattern with count(bits >= t) >= k so far
-        cand = t | jnp.left_shift(jnp.int32(1), 30 - i)
-        return jnp.where(jnp.sum(bits >= cand) >= k, cand, t)
-
-    t = jax.lax.fori_loop(0, 31, body, jnp.int32(0))
-    above = bits > t
-    ties = bits == t
-    need = k - jnp.sum(above)
-    mask = above | (ties & (jnp.cumsum(ties) <= need))
-    return jnp.nonzero(mask, size=k, fill_value=0)[0].astype(jnp.int32)
+    return sparsify.topk_ascending(score, k)
 
 
 def keep_count(ratio: float, size: int) -> int:
@@ -150,7 +140,10 @@ def gmf(ratio: float = 0.1, momentum: float = 0.9, fusion_momentum: float = 0.9,
             score = jnp.where(gnorm > 0, jnp.abs(phi * ghat + (1 - phi) * vhat), jnp.abs(flat_v.astype(jnp.float32)))
             idx = select_topk(score, keep_count(ratio, flat_v.size))
             msg = SparseLeaf(flat_v[idx], idx, tuple(v.shape))
-            return msg, flat_u.at[idx].set(0).reshape(u.shape), flat_v.at[idx].set(0).reshape(v.shape)
+            # u[S] <- 0, v[S] <- 0 as one masked pass (the mask recomputed from the score), not two scatters
+            sent = sparsify.selected(score, *sparsify.topk_cut(score, idx))
+            zero = jnp.zeros((), flat_u.dtype)
+            return msg, jnp.where(sent, zero, flat_u).reshape(u.shape), jnp.where(sent, zero, flat_v).reshape(v.shape)
 
         out = jax.tree.map(leaf, u, v, ss.momentum)
         is_out = lambda x: isinstance(x, tuple) and len(x) == 3 and isinstance(x[0], SparseLeaf)  # noqa: E731

@@ -33,8 +33,9 @@ kiddyboots216/CommEfficient ``fed_aggregator.py::_server_helper_sketched`` and `
     for the exact values of the candidate heavy coordinates in a second round. FetchSGD's sketch
     mode has none: the reference code takes Delta's values from the sketch estimates of S_e
     (``unSketch(k)``), and the workers hold no state to answer from. No second round is counted.
-  - Top-k is exact, ties broken by the lower index, found without sorting (31 counting passes over
-    the bit patterns of |U(S_e)|, then a fixed-capacity selection). The reference code sorts.
+  - Top-k is exact, ties broken by the lower index, found without sorting (``topk_indices``: the
+    k-th largest |U(S_e)| bracketed from a sample, then a fixed-capacity selection). The reference
+    code sorts.
   - The median over rows is the usual one (mean of the two middle values for an even r; torch's
     median takes the lower one), computed by a small sorting network. The defaults use r = 5.
   - S(Delta) is sketched from Delta's k entries only (scatter of k, not d, values per row).
@@ -81,7 +82,7 @@ import numpy as np
 from simsgd import tree
 from simsgd.compress import payload as wire
 from simsgd.compress.base import Compressor, Props
-from simsgd.compress.sparsify import index_bits
+from simsgd.compress.sparsify import index_bits, topk_ascending
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -140,26 +141,15 @@ class SketchMessage:
 def topk_indices(x: jax.Array, k: int) -> jax.Array:
     """Indices (ascending) of the ``k`` entries of largest ``|x|``; ties go to the lower index.
 
-    Exact and sort-free: the k-th largest ``|x|`` is found bit by bit on its IEEE pattern (for
-    non-negative floats the int32 view is monotone), 31 counting passes over ``x``; then every entry
-    above it plus the first entries equal to it (in index order) fill exactly k slots.
+    Exact and sort-free: ``sparsify.topk_ascending`` (the k-th largest ``|x|`` bracketed from a
+    sample and found within the band; small vectors: bit by bit on its IEEE pattern, 31 counting
+    passes), then every entry above it plus the first entries equal to it fill exactly k slots.
     """
     d = x.shape[0]
     k = int(k)
     if not 1 <= k <= d:
         raise ValueError(f"topk_indices: k must be in 1..{d}, got {k}")
-    bits = jax.lax.bitcast_convert_type(jnp.abs(x.astype(jnp.float32)), jnp.int32)
-
-    def body(b, t):
-        cand = t | jnp.left_shift(jnp.int32(1), 30 - b)
-        return jnp.where(jnp.sum(bits >= cand) >= k, cand, t)
-
-    kth = jax.lax.fori_loop(0, 31, body, jnp.int32(0))   # largest t with #{bits >= t} >= k
-    above = bits > kth
-    equal = bits == kth
-    room = k - jnp.sum(above)
-    take = above | (equal & (jnp.cumsum(equal.astype(jnp.int32)) <= room))
-    return jnp.nonzero(take, size=k, fill_value=0)[0].astype(jnp.int32)
+    return topk_ascending(x, k)
 
 
 # ---- shared randomness: hashing ---------------------------------------------------------------
