@@ -22,9 +22,11 @@ Threshold by sampling, as ``DGCCompressor._sparsify`` (synxlin/deep-gradient-com
   * thr = the ceil(rho * (d // stride))-th largest sample; select ``|v| >= thr``.
   * Adaptation (sampled leaves only, up to ``max_adaptation_iters`` rounds): more than
     ``upper_bound * k`` selected -> exact top-k among the selected (``resample``; here: the exact
-    k-th largest |v| found by bisection on its float32 bit pattern, 32 passes of counting, no
-    sort) and stop; between k and ``upper_bound * k`` -> stop; fewer than ``lower_bound * k`` ->
-    ``thr *= lower_bound`` and count again.
+    k-th largest |v| among the selected, gathered by the same compaction that collects the
+    entries to send, with room for 16 k of them; with more selected, the k-th largest of the leaf
+    from a sampled bracket, ``sparsify.kth_largest_key``; no sort) and stop; between k and
+    ``upper_bound * k`` -> stop; fewer than ``lower_bound * k`` -> ``thr *= lower_bound`` and
+    count again.
   * Send the first k selected entries in position order (``indices[:num_selects]``), or all of
     them when fewer were selected.
 Like the reference, leaves with ndim <= 1 (biases, norms) are not compressed when ``dense_1d``:
@@ -64,6 +66,7 @@ import numpy as np
 from simsgd import tree
 from simsgd.compress import payload as wire
 from simsgd.compress.base import Compressor, Props
+from simsgd.compress.sparsify import kth_largest_key, place_positions, prefix_count, run_unless
 
 WARMUP_PHASES = 4                 # densities 4^-1 .. 4^-4 during warm-up, then the final ratio
 INDEX_WIDTHS = ("int32", "int64", "log2")
@@ -167,6 +170,18 @@ def _kth_largest(a, k):
     return jax.lax.bitcast_convert_type(lo, jnp.float32)
 
 
+def _kth_largest_sampled(a, k, ks, phase):
+    """``_kth_largest(a, k)`` for a phase-dependent k (one of the static ``ks``, picked by ``phase``):
+    ``sparsify.kth_largest_key`` (bracketed from a sample, one compaction pass) per distinct k."""
+    keys = jnp.minimum(jax.lax.bitcast_convert_type(a, jnp.int32), 0x7F800000)   # NaN counts as inf, as there
+    ts = {kk: kth_largest_key(keys, kk) for kk in sorted(set(ks))}
+    if len(ts) == 1:
+        t = next(iter(ts.values()))
+    else:
+        t = jnp.stack([ts[kk] for kk in ks])[phase]
+    return jax.lax.bitcast_convert_type(t, jnp.float32)
+
+
 def dgc(ratio: float = 0.001, momentum: float = 0.9, nesterov: bool = False, momentum_masking: bool = True,
         warmup_steps: int = 0, sample_ratio: float = 0.01, upper_bound: float = 1.3, lower_bound: float = 0.8,
         max_adaptation_iters: int = 10, resample: bool = True, clip_norm: float = 0.0, workers: int = 1,
@@ -251,6 +266,7 @@ def dgc(ratio: float = 0.001, momentum: float = 0.9, nesterov: bool = False, mom
             samples = a
         top = jax.lax.top_k(samples, max(p.k_samples for p in ps))[0]
         thr = top[k_s - 1]
+        res = jnp.asarray(False)
         if sampled and max_iters > 0:
             count = lambda t: jnp.sum(a >= t, dtype=jnp.int32)  # noqa: E731
 
@@ -274,13 +290,36 @@ def dgc(ratio: float = 0.001, momentum: float = 0.9, nesterov: bool = False, mom
 
             init = (jnp.int32(0), thr, count(thr), ~adapt, jnp.asarray(False))
             _, thr, _, _, res = jax.lax.while_loop(cond, body, init)
-            if resample:
-                thr = jax.lax.cond(res, lambda: _kth_largest(a, k), lambda: thr)
+        exact = resample and sampled and max_iters > 0    # static: a resample may be asked for
+
+        def first_k(mask, fill):
+            """The first K positions of ``mask`` (fill-padded) and how many entries it holds."""
+            pos = prefix_count(mask) - 1
+            return place_positions(jnp.where(mask & (pos < K), pos, K), K, fill), pos[-1] + 1
+
+        # one compaction of |v| >= thr in position order, into K slots -- or, when a resample may
+        # follow, into cap = 4K slots, so that the exact k-th largest (the resample) can be taken
+        # among the candidates instead of by 32 counting passes over the leaf
+        cap = min(size, 16 * K) if exact else K
         mask = a >= thr
-        rank = jnp.cumsum(mask, dtype=jnp.int32) - 1          # the first K selected, in position order
-        slot = jnp.where(mask & (rank < K), rank, K)
-        idx = jnp.zeros((K,), jnp.int32).at[slot].set(jnp.arange(size, dtype=jnp.int32), mode="drop")
-        sent = jnp.minimum(rank[-1] + 1, k)
+        pos = prefix_count(mask) - 1
+        nnz = pos[-1] + 1
+        cand = place_positions(jnp.where(mask & (pos < cap), pos, cap), cap, size)
+        if not exact:
+            idx = jnp.where(cand < size, cand, 0)
+            sent = jnp.minimum(nnz, k)
+        else:
+            cv = jnp.where(cand < size, a[jnp.minimum(cand, size - 1)], -1.0)
+            thr = jnp.where(res, _kth_largest(cv, k), thr)   # every |v| >= it is a candidate if nnz <= cap
+            slot, cnt = first_k(cv >= thr, cap)
+            idx = jnp.where(slot < cap, cand[jnp.minimum(slot, cap - 1)], 0)
+            sent = jnp.minimum(cnt, k)
+
+            def full(a):     # more than cap candidates: the k-th largest of the whole leaf
+                t = _kth_largest_sampled(a, k, [p.k for p in ps], phase)
+                i, c = first_k(a >= t, 0)
+                return i, jnp.minimum(c, k), t
+            idx, sent, thr = run_unless(~res | (nnz <= cap), full, (idx, sent, thr), a)
         return idx, sent
 
     def encode(key, grads, worker_state: DGCState, server_state):

@@ -56,7 +56,7 @@ import numpy as np
 from simsgd.compress import payload as wire
 from simsgd.compress.base import Compressor, Props
 from simsgd.compress.gmf import keep_count, select_topk
-from simsgd.compress.sparsify import index_bits
+from simsgd.compress.sparsify import index_bits, loop_under_vmap_on_cpu
 
 LENGTH_BITS = 4
 MAX_CLUSTERS = 16
@@ -263,12 +263,16 @@ def fedzip(z: float = 0.2, clusters: int = 3, iters: int = 4, positions: str = "
         del params
         return (), ()
 
+    def cluster(values):
+        cent, ids = kmeans_1d(values, clusters, iters)
+        return cent, ids, huffman_lengths(jnp.zeros((clusters,), jnp.int32).at[ids].add(1))
+
     def encode_leaf(g):
         flat = g.reshape(-1)
         idx = select_topk(jnp.abs(flat), keep_count(z, flat.size))
-        cent, ids = kmeans_1d(flat[idx].astype(jnp.float32), clusters, iters)
-        counts = jnp.zeros((clusters,), jnp.int32).at[ids].add(1)
-        return FedZipLeaf(cent.astype(g.dtype), huffman_lengths(counts), ids, idx, tuple(g.shape))
+        # k-means and the id counts scatter-add into C bins: one worker at a time on the CPU
+        cent, ids, lengths = loop_under_vmap_on_cpu(cluster)(flat[idx].astype(jnp.float32))
+        return FedZipLeaf(cent.astype(g.dtype), lengths, ids, idx, tuple(g.shape))
 
     def encode(key, grads, worker_state, server_state):
         del key, server_state

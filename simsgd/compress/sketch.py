@@ -82,7 +82,7 @@ import numpy as np
 from simsgd import tree
 from simsgd.compress import payload as wire
 from simsgd.compress.base import Compressor, Props
-from simsgd.compress.sparsify import index_bits, topk_ascending
+from simsgd.compress.sparsify import index_bits, loop_under_vmap_on_cpu, topk_ascending
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -201,9 +201,13 @@ def count_sketch_hashes(seed: int, rows: int, cols: int, d: int):
 
 
 def count_sketch(v, buckets, signs, cols: int):
-    """S(v) [rows, cols]: ``S[j, h_j(i)] += s_j(i) v_i`` (one segment sum per row)."""
+    """S(v) [rows, cols]: ``S[j, h_j(i)] += s_j(i) v_i`` (one segment sum per row; on the CPU one
+    per worker under vmap, ``sparsify.loop_under_vmap_on_cpu``: batched scatters are slow there)."""
     rows = buckets.shape[0]
-    return jnp.stack([jax.ops.segment_sum(signs[j] * v, buckets[j], num_segments=cols) for j in range(rows)])
+
+    def sketch(v, buckets, signs):
+        return jnp.stack([jax.ops.segment_sum(signs[j] * v, buckets[j], num_segments=cols) for j in range(rows)])
+    return loop_under_vmap_on_cpu(sketch)(v, buckets, signs)
 
 
 def median_rows(rows: list) -> jax.Array:

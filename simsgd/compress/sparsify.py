@@ -230,6 +230,41 @@ def _ascending_plan(d: int, k: int, sample: int | None = None) -> tuple[int, int
     return s, r_hi, r_lo, cap
 
 
+def _bracketed_kth(keys, k: int, sample: int | None = None):
+    """Steps 1-3 of ``topk_ascending`` on int32 keys >= 0 (1 <= k < d): ``(t, ok, cand, ck)``, t the
+    k-th largest key when ``ok`` (the bracket held), ``cand`` the candidate positions (increasing,
+    padded with d) and ``ck`` their keys (padded with -1), k + C of them."""
+    d = keys.shape[0]
+    s, r_hi, r_lo, cap = _ascending_plan(d, k, sample)
+    stride = d // s
+    # sample order statistics (keys above +inf, NaN patterns, clipped to it: only speed depends on them)
+    top = jax.lax.top_k(_as_float(jnp.minimum(keys[:s * stride:stride], 0x7F800000)), r_lo)[0]
+    t_lo = jax.lax.bitcast_convert_type(top[r_lo - 1], jnp.int32)
+    t_hi = jax.lax.bitcast_convert_type(top[r_hi - 1], jnp.int32) if r_hi >= 1 else jnp.int32(2 ** 31 - 1)
+    kc = min(d, k + cap)
+    is_cand = keys >= t_lo
+    pos = prefix_count(is_cand) - 1
+    c_lo = pos[-1] + 1
+    cand = place_positions(jnp.where(is_cand & (pos < kc), pos, kc), kc, d)   # increasing positions
+    ck = jnp.where(cand < d, keys[jnp.minimum(cand, d - 1)], -1)
+    c_hi = jnp.sum(ck >= t_hi, dtype=jnp.int32)       # all of #{key >= t_hi} when c_lo <= kc
+    ok = (c_lo >= k) & (c_lo <= kc) & (c_hi < k) & (c_lo - c_hi <= cap)
+    band = _first_true((ck >= 0) & (ck < t_hi), cap, kc)
+    bk = jnp.where(band < kc, ck[jnp.minimum(band, kc - 1)], -1)
+    return kth_key(bk, k - c_hi), ok, cand, ck
+
+
+def kth_largest_key(keys, k: int):
+    """The k-th largest of int32 ``keys`` >= 0 (1-D, static 1 <= k <= d), exactly: on leaves of at
+    least ``ASCENDING_SAMPLED_MIN`` entries bracketed from a sample and found in the band (one
+    compaction pass), else (or when the bracket misses) by 31 counting passes (``kth_key``)."""
+    d = keys.shape[0]
+    if d < ASCENDING_SAMPLED_MIN or k >= d:
+        return kth_key(keys, k)
+    t, ok, _, _ = _bracketed_kth(keys, int(k))
+    return run_unless(ok, lambda x: kth_key(x, k), t, keys)
+
+
 def topk_ascending(score, k: int, sample: int | None = None):
     """Flat indices (int32 [k], increasing) of the ``k`` entries of largest ``|score|`` (1-D); ties at
     the k-th value go to the lowest indices. Exact, and no sort of the vector.
@@ -261,46 +296,14 @@ def topk_ascending(score, k: int, sample: int | None = None):
 
     if d < ASCENDING_SAMPLED_MIN and sample is None:
         return exact(keys)
-    s, r_hi, r_lo, cap = _ascending_plan(d, k, sample)
-    stride = d // s
-    # sample order statistics (keys above +inf, NaN patterns, clipped to it: only speed depends on them)
-    top = jax.lax.top_k(_as_float(jnp.minimum(keys[:s * stride:stride], 0x7F800000)), r_lo)[0]
-    t_lo = jax.lax.bitcast_convert_type(top[r_lo - 1], jnp.int32)
-    t_hi = jax.lax.bitcast_convert_type(top[r_hi - 1], jnp.int32) if r_hi >= 1 else jnp.int32(2 ** 31 - 1)
-    kc = min(d, k + cap)
-    is_cand = keys >= t_lo
-    pos = prefix_count(is_cand) - 1
-    c_lo = pos[-1] + 1
-    cand = place_positions(jnp.where(is_cand & (pos < kc), pos, kc), kc, d)   # increasing positions
-    ck = jnp.where(cand < d, keys[jnp.minimum(cand, d - 1)], -1)
-    c_hi = jnp.sum(ck >= t_hi, dtype=jnp.int32)       # all of #{key >= t_hi} when c_lo <= kc
-    ok = (c_lo >= k) & (c_lo <= kc) & (c_hi < k) & (c_lo - c_hi <= cap)
-    band = _first_true((ck >= 0) & (ck < t_hi), cap, kc)
-    bk = jnp.where(band < kc, ck[jnp.minimum(band, kc - 1)], -1)
-    t = kth_key(bk, k - c_hi)                         # the k-th largest key of the leaf when ok
-    fast = cand[jnp.minimum(_first_k_at_least(ck, t, k), kc - 1)]
+    t, ok, cand, ck = _bracketed_kth(keys, k, sample)
+    fast = cand[jnp.minimum(_first_k_at_least(ck, t, k), cand.shape[0] - 1)]
     return run_unless(ok, exact, fast, keys)
 
 
 def score_keys(score):
     """The int32 keys ``topk_ascending`` orders ``score`` by: the bit patterns of |score| (float32)."""
     return jax.lax.bitcast_convert_type(jnp.abs(score).astype(jnp.float32), jnp.int32)
-
-
-def topk_cut(score, idx):
-    """``(t, cut)`` describing the selection ``idx = topk_ascending(score, k)`` element-wise: entry j
-    is selected iff ``key_j > t or (key_j == t and j <= cut)`` (``selected``), with t the k-th
-    largest key and cut the last selected position holding it. Costs a gather of k keys; lets a
-    caller mask the whole leaf in a fused pass instead of scattering at ``idx``."""
-    kk = score_keys(score)[idx]
-    t = jnp.min(kk)
-    return t, jnp.max(jnp.where(kk == t, idx, -1))
-
-
-def selected(score, t, cut):
-    """Boolean mask of the entries ``topk_ascending`` selected, from ``topk_cut``'s ``(t, cut)``."""
-    keys = score_keys(score)
-    return (keys > t) | ((keys == t) & (jax.lax.iota(jnp.int32, keys.shape[0]) <= cut))
 
 
 def run_unless(done, f, out, x):
