@@ -492,9 +492,10 @@ def qsdp(bits: int = 8, bucket_size: int = 1024, rounding: str = "stochastic") -
     Not summable: QSDP's reduce-scatter dequantizes before it sums, i.e. an all-to-all of quantized
     chunks, priced here as all-gather / parameter server.
 
-    Scope: only the gradient side of QSDP. Its weight quantization Q_w (weights kept on a lattice,
-    all-gathered quantized, ``x_{t+1} = Q_w(x_t - eta Q_g(g))``) acts on parameters, which a gradient
-    compressor cannot see. The bucket size 1024 and the 8-bit (W8G8) default follow the catalog and
+    Scope: this is Q_g, the gradient side. QSDP's weight quantization Q_w (weights all-gathered
+    quantized; ``x_{t+1} = Q_w(x_t - eta Q_g(g))`` in its analysis) is the same quantizer with
+    ``rounding="shift"`` applied to the sharded weights: ``sync_sgd(weights=...)``, YAML
+    ``algorithm.weights`` (``simsgd.algorithms.fsdp``). The bucket size 1024 and the 8-bit (W8G8) default follow the catalog and
     were not confirmed against the paper's text.
 
     Args:
