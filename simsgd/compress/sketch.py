@@ -359,6 +359,14 @@ def fwht(x: jax.Array, block_bits: int = 7) -> jax.Array:
     return x
 
 
+def _block_bits() -> int:
+    """``fwht``'s block size for the sketches: 4 index bits (16 x 16 factors) on the CPU, where the
+    transform is bound by multiply-adds (2^b per entry per pass: 160 for 2^20 entries instead of
+    640 with 7, measured ~1.5x faster), 7 elsewhere (fewer passes over memory). The results differ
+    only by float rounding (the +-1 sums are grouped differently)."""
+    return 4 if jax.default_backend() == "cpu" else 7
+
+
 def _pow2(d: int) -> int:
     return 1 << max(0, (int(d) - 1).bit_length())
 
@@ -392,7 +400,7 @@ def project(sketch: str, draws: dict, v: jax.Array, s: int) -> jax.Array:
     """sk(v) = R v  [s]."""
     d = v.shape[0]
     if sketch == "srht":    # R v = sqrt(d'/s) (H_orth D v)[rows] = (H D v)[rows] / sqrt(s)
-        y = fwht(jnp.pad(draws["signs"] * v, (0, _pow2(d) - d)))
+        y = fwht(jnp.pad(draws["signs"] * v, (0, _pow2(d) - d)), _block_bits())
         return y[draws["rows"]] / jnp.sqrt(jnp.float32(s))
     if sketch == "countsketch":
         return jax.ops.segment_sum(draws["signs"] * v, draws["buckets"], num_segments=s)
@@ -404,7 +412,7 @@ def deproject(sketch: str, draws: dict, m: jax.Array, d: int) -> jax.Array:
     s = m.shape[0]
     if sketch == "srht":    # R^T m = D H P^T m / sqrt(s)  (H symmetric), then drop the padding
         z = jnp.zeros((_pow2(d),), jnp.float32).at[draws["rows"]].add(m)
-        return draws["signs"] * fwht(z)[:d] / jnp.sqrt(jnp.float32(s))
+        return draws["signs"] * fwht(z, _block_bits())[:d] / jnp.sqrt(jnp.float32(s))
     if sketch == "countsketch":
         return draws["signs"] * m[draws["buckets"]]
     return jnp.dot(m, draws["matrix"], precision=_HIGHEST)

@@ -341,8 +341,9 @@ def select_top(keys, k: int, key, capacity: int | None = None, sample: int | Non
        values (bit patterns), keeping f(lo) >= k > f(hi), until f(t) lands in the window or
        hi = lo + 1; then t = lo is exactly the k-th largest key and more than ``capacity`` keys tie
        with it. This loop is the repair for a bad sample; it runs at most 31 passes over the leaf.
-    3. Gather the first ``capacity`` positions with key > t and the first k with key == t (prefix
-       sums, no sort), and take ``top_k`` over these candidates only.
+    3. Gather the positions with key >= t (at most ``capacity`` of them; prefix sums, no sort) --
+       after a tie exit, the first ``capacity`` with key > t and the first k with key == t -- and
+       take ``top_k`` over these candidates only.
     Exact whenever k <= d: every entry with key > t is a candidate (there are at most f(t) <=
     capacity of them, or fewer than k in the tie case), and among entries with key == t the
     lowest-position ones are, so the k largest (with lax.top_k's tie rule) are all candidates; ties
@@ -378,9 +379,12 @@ def select_top(keys, k: int, key, capacity: int | None = None, sample: int | Non
 
     lo, _, t, done = jax.lax.while_loop(cond, body, (lo, hi, t0, ok0))
     t = jnp.where(done, t, lo)
-    above = _first_true(keys > t, capacity, d)
-    tied = _first_true(keys == t, k, d)
-    cand = jnp.concatenate([above, tied])
+    # done: the f(t) <= capacity keys >= t in one compaction (position order keeps top_k's tie order
+    # among equal keys). Tie exit: those above t and the first k equal to it, two compactions, run
+    # only when some input (worker) needs them.
+    cand = jnp.concatenate([_first_true(keys >= t, capacity, d), jnp.full((k,), d, jnp.int32)])
+    cand = run_unless(done, lambda x: jnp.concatenate([_first_true(x > t, capacity, d), _first_true(x == t, k, d)]),
+                      cand, keys)
     cand_keys = jnp.where(cand < d, _as_float(keys[jnp.minimum(cand, d - 1)]), -1.0)
     _, slot = jax.lax.top_k(cand_keys, k)
     return cand[slot]
