@@ -119,22 +119,6 @@ class Geometry:
         x = jnp.einsum("ikbd,bj,dl->ijkl", coef, c1, c2, precision=HIGHEST)
         return x.reshape(self.shape)
 
-    def inverse_sparse(self, values, indices):
-        """``inverse(scatter(values, indices))`` from the k coefficients of each chunk only: a 2-D
-        chunk is ``sum_t v_t C1[b_t]^T C2[d_t]`` (a [s1, k] x [k, s2] product), a 1-D chunk
-        ``sum_t v_t C[b_t]``; about per_chunk / (2 k) times fewer multiply-adds than the dense
-        inverse (equal up to float rounding, ~1e-7 relative: the sums run in another order)."""
-        vals = values.astype(jnp.float32)
-        if len(self.view) == 1:
-            (s,) = self.sides
-            c = jnp.asarray(dct_matrix(s), jnp.float32)
-            return jnp.einsum("ct,ctj->cj", vals, c[indices], precision=HIGHEST).reshape(self.shape)
-        (r, cols), (s1, s2) = self.view, self.sides
-        c1, c2 = jnp.asarray(dct_matrix(s1), jnp.float32), jnp.asarray(dct_matrix(s2), jnp.float32)
-        rows, cols_ = indices // s2, indices % s2
-        tiles = jnp.einsum("ctj,ctl->cjl", c1[rows] * vals[..., None], c2[cols_], precision=HIGHEST)
-        return tiles.reshape(r // s1, cols // s2, s1, s2).transpose(0, 2, 1, 3).reshape(self.shape)
-
     def scatter(self, values, indices):
         """Dense coefficients [chunks, per_chunk] holding ``values`` [chunks, k] at ``indices``."""
         rows = jnp.arange(self.chunks)[:, None]
@@ -189,7 +173,7 @@ def demo(decay: float = 0.999, chunk: int = 64, topk: int = 32, sign: bool = Tru
             coef = geo.forward(m)
             _, idx = jax.lax.top_k(jnp.abs(coef), geo.k)
             vals = jnp.take_along_axis(coef, idx, axis=1).astype(g.dtype)
-            sent = geo.inverse_sparse(vals, idx)     # only the k sent coefficients per chunk
+            sent = geo.inverse(geo.scatter(vals, idx))
             new_state.append((m - sent).astype(g.dtype))
             payload.append(DemoLeaf(vals, idx.astype(jnp.int32), tuple(g.shape)))
         return jax.tree.unflatten(treedef, payload), jax.tree.unflatten(treedef, new_state)
