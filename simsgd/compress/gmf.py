@@ -140,9 +140,7 @@ def gmf(ratio: float = 0.1, momentum: float = 0.9, fusion_momentum: float = 0.9,
             score = jnp.where(gnorm > 0, jnp.abs(phi * ghat + (1 - phi) * vhat), jnp.abs(flat_v.astype(jnp.float32)))
             idx = select_topk(score, keep_count(ratio, flat_v.size))
             msg = SparseLeaf(flat_v[idx], idx, tuple(v.shape))
-            # u[S] <- 0, v[S] <- 0 (one worker at a time on the CPU: batched scatters are slow there)
-            u0, v0 = sparsify.loop_under_vmap_on_cpu(lambda u, v, i: (u.at[i].set(0), v.at[i].set(0)))(flat_u, flat_v, idx)
-            return msg, u0.reshape(u.shape), v0.reshape(v.shape)
+            return msg, flat_u.at[idx].set(0).reshape(u.shape), flat_v.at[idx].set(0).reshape(v.shape)
 
         out = jax.tree.map(leaf, u, v, ss.momentum)
         is_out = lambda x: isinstance(x, tuple) and len(x) == 3 and isinstance(x[0], SparseLeaf)  # noqa: E731
